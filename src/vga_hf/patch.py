@@ -27,7 +27,12 @@ CONFIG_ATTR = "vga_config"  # on model.config: the VGAConfig as a dict (saved in
 
 
 class PatchedValueGate(ValueGate):
-    """A `ValueGate` plus the hooks that attach it to one attention module's value site."""
+    """A `ValueGate` plus the hooks that attach it to one attention module's value site.
+
+    No reference to other modules is stored on the gate (so `copy.deepcopy` of a gate, as PEFT's
+    `modules_to_save` does, copies only the gate); the hooks are bound methods of the gate, so a
+    deep copy of the whole model rebinds them to the copied gate.
+    """
 
     def __init__(self, config: VGAConfig, site: ValueSite, layer_idx: int, **factory: Any) -> None:
         super().__init__(config, site.num_kv_heads, site.head_dim, site.input_dim, **factory)
@@ -37,31 +42,32 @@ class PatchedValueGate(ValueGate):
         self.record = False  # diagnostics: keep the last gate / ungated value (detached)
         self.last_gate: torch.Tensor | None = None
         self.last_value: torch.Tensor | None = None
-        self._stash: torch.Tensor | None = None  # position="output": gate of the current tokens
+
+    def forward(self, value: torch.Tensor, layer_input: torch.Tensor | None = None):
+        gated, g = super().forward(value, layer_input)
+        if self.record:
+            self.last_gate, self.last_value = g.detach(), value.detach()
+        return gated, g
 
     # -- plumbing ---------------------------------------------------------------------------
     def attach(self, attn: nn.Module) -> None:
-        site_module = getattr(attn, self.site.value_attr)
-        object.__setattr__(self, "_hooked", site_module)  # plain attribute, not a submodule
-        site_module.register_forward_hook(self._value_hook, with_kwargs=True)
         attn.register_forward_pre_hook(self._attention_pre_hook)
+        getattr(attn, self.site.value_attr).register_forward_hook(self._value_hook, with_kwargs=True)
         if self.position == "output":
             getattr(attn, self.site.output_attr).register_forward_pre_hook(self._output_pre_hook)
 
-    def detach(self, attn: nn.Module) -> None:
-        _remove_hooks(self, attn)
-        for module in attn.modules():
-            _remove_hooks(self, module)
-        hooked = self.__dict__.get("_hooked")
-        if hooked is not None:
-            _remove_hooks(self, hooked)
-
     def _attention_pre_hook(self, attn: nn.Module, args: tuple) -> None:
-        current = getattr(attn, self.site.value_attr)
-        if current is not self.__dict__.get("_hooked"):  # e.g. PEFT wrapped (or unwrapped) v_proj
-            _remove_hooks(self, self.__dict__["_hooked"])
-            object.__setattr__(self, "_hooked", current)
-            current.register_forward_hook(self._value_hook, with_kwargs=True)
+        # The module that computes this forward's gate: normally self; under PEFT modules_to_save the
+        # wrapper in attn.vga_gate (it dispatches to the trainable copy of the active adapter).
+        self.__dict__["_active"] = attn._modules[GATE_NAME]
+        site = getattr(attn, self.site.value_attr)
+        if not _has_hook(site._forward_hooks, self._value_hook):
+            # The value site was replaced since patching (e.g. PEFT wrapped v_proj in a LoRA layer, or
+            # merge_and_unload unwrapped it): move the hook onto the current module so that everything
+            # it outputs, LoRA's contribution included, is gated.
+            for module in attn.modules():
+                _remove_hooks(module, kinds=("forward",), only=self._value_hook)
+            site.register_forward_hook(self._value_hook, with_kwargs=True)
 
     def _value_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
         site = self.site
@@ -74,12 +80,10 @@ class PatchedValueGate(ValueGate):
             v = output
         else:
             v = output[..., site.start:site.stop]
-        gated, g = self(v, x)
-        if self.record:
-            self.last_gate = g.detach()
-            self.last_value = v.detach()
+        compute = self.__dict__.pop("_active", None) or self
+        gated, g = compute(v, x)
         if self.position == "output":
-            self._stash = g
+            self.__dict__["_stash"] = g
             return output
         if site.heads_layout:
             return gated.view(output.shape)
@@ -88,7 +92,7 @@ class PatchedValueGate(ValueGate):
         return torch.cat([output[..., :site.start], gated, output[..., site.stop:]], dim=-1)
 
     def _output_pre_hook(self, module: nn.Module, args: tuple):
-        g, self._stash = self._stash, None
+        g = self.__dict__.pop("_stash", None)
         if g is None:
             raise RuntimeError("VGA position='output': no gate was computed for this forward.")
         z = args[0]  # [..., n_heads*hd]
@@ -97,13 +101,41 @@ class PatchedValueGate(ValueGate):
         return (z, *args[1:])
 
 
-def _remove_hooks(gate: PatchedValueGate, module: nn.Module) -> None:
-    for hooks in (module._forward_hooks, module._forward_pre_hooks):
-        for key in [k for k, fn in hooks.items() if getattr(fn, "__self__", None) is gate]:
+def _is_vga_hook(fn) -> bool:
+    return isinstance(getattr(fn, "__self__", None), PatchedValueGate)
+
+
+def _has_hook(hooks: dict, fn) -> bool:
+    return any(h == fn for h in hooks.values())
+
+
+def _remove_hooks(module: nn.Module, kinds=("forward", "pre"), only=None) -> None:
+    """Remove vga_hf hooks from `module` (all of them, or only the bound method `only`)."""
+    tables = {"forward": module._forward_hooks, "pre": module._forward_pre_hooks}
+    for kind in kinds:
+        hooks = tables[kind]
+        for key in [k for k, fn in hooks.items() if (fn == only if only is not None else _is_vga_hook(fn))]:
             del hooks[key]
-            module._forward_hooks_with_kwargs.pop(key, None)
-            module._forward_hooks_always_called.pop(key, None)
-            module._forward_pre_hooks_with_kwargs.pop(key, None)
+            for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                          "_forward_pre_hooks_with_kwargs"):
+                getattr(module, extra, {}).pop(key, None)
+
+
+def _gate_of(attn: nn.Module) -> PatchedValueGate | None:
+    """The gate of an attention module: its `vga_gate` child, or under PEFT `modules_to_save` the
+    copy of the active adapter (the one that is trained and saved)."""
+    child = attn._modules.get(GATE_NAME)
+    if isinstance(child, PatchedValueGate):
+        return child
+    original = getattr(child, "original_module", None)
+    if isinstance(original, PatchedValueGate):
+        copies = getattr(child, "modules_to_save", {})
+        active = getattr(child, "active_adapters", None) or []
+        for name in active:
+            if name in copies:
+                return copies[name]
+        return original
+    return None
 
 
 # ---- public API ------------------------------------------------------------------------------
@@ -185,8 +217,8 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     """Remove every gate and hook; the model is then exactly the original (parameters untouched)."""
     base = _unwrap(model)
     for _, attn in list(_gated_attention(base)):
-        gate = getattr(attn, GATE_NAME)
-        gate.detach(attn)
+        for module in attn.modules():
+            _remove_hooks(module)
         del attn._modules[GATE_NAME]
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, CONFIG_ATTR):
@@ -197,7 +229,7 @@ def unpatch_model(model: nn.Module) -> nn.Module:
 
 def _gated_attention(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for path, module in model.named_modules():
-        if isinstance(module._modules.get(GATE_NAME), PatchedValueGate):
+        if GATE_NAME in module._modules and _gate_of(module) is not None:
             yield path, module
 
 
@@ -213,8 +245,7 @@ def get_vga_config(model: nn.Module) -> VGAConfig | None:
 
 def get_gates(model: nn.Module) -> dict[int, PatchedValueGate]:
     """{layer index: gate module}, in layer order."""
-    gates = {getattr(attn, GATE_NAME).layer_idx: getattr(attn, GATE_NAME)
-             for _, attn in _gated_attention(_unwrap(model))}
+    gates = {_gate_of(attn).layer_idx: _gate_of(attn) for _, attn in _gated_attention(_unwrap(model))}
     return dict(sorted(gates.items()))
 
 

@@ -49,3 +49,32 @@ def smollm2_config(num_hidden_layers: int = 30, **overrides):
                   rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
     kwargs.update(overrides)
     return AutoConfig.for_model("llama", **kwargs)
+
+
+def tiny_tokenizer(vocab_size: int = TINY_VOCAB):
+    """A character-level `PreTrainedTokenizerFast` built in code (no Hub): ids 0-3 are
+    <pad>, <s>, </s>, <unk> (matching `tiny_config`), then newline, tab and printable ASCII."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    chars = ["\n", "\t"] + [chr(c) for c in range(32, 127)]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    if len(vocab) > vocab_size:
+        raise ValueError(f"the character tokenizer needs {len(vocab)} ids, more than vocab_size={vocab_size}")
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def save_tiny_checkpoint(folder, model_type: str = "llama", seed: int = 0, **overrides):
+    """Write a tiny random model of `model_type` plus `tiny_tokenizer()` to `folder` (an HF folder that
+    recipes and commands can load offline). Returns the folder as a string."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    tiny_model(model_type, seed=seed, **overrides).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return str(folder)

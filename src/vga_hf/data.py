@@ -78,7 +78,7 @@ def _column(rows: list[dict], column: str, where: str) -> list[str]:
         raise ValueError(f"{where} has no records.")
     if column not in rows[0]:
         raise ValueError(f"{where} has no text column {column!r}; its columns are {sorted(rows[0])}. "
-                         "Pass text_column=<name> (recipe: data.text_column=<name>).")
+                         "Pass text_column=<name> (recipe: text_column=<name>).")
     return [str(r[column]) for r in rows if r.get(column)]
 
 
@@ -133,3 +133,55 @@ def strided_windows(ids: torch.Tensor, window: int, stride: int, max_windows: in
         count += 1
         if end == ids.numel() or (max_windows is not None and count >= max_windows):
             return
+
+
+def read_splits(source: str | None = None, text_column: str = "text", eval_source: str | None = None,
+                holdout_fraction: float = 0.05) -> dict[str, str]:
+    """{"train", "eval", "calib"} texts of `source` for training, with "eval" disjoint from "train".
+
+    Shakespeare and hf: sources have their own splits (`read_text`). A local file or folder has one
+    text: its last `holdout_fraction` becomes "eval", the same amount before it "calib", the rest
+    "train" (cuts at line ends). `eval_source`, when given, is read whole for "eval" and "calib" is
+    taken from it the same way (its first part for calibration, the rest for evaluation).
+    """
+    if not 0 < holdout_fraction < 0.5:
+        raise ValueError(f"holdout_fraction must be in (0, 0.5), got {holdout_fraction}.")
+    local = source not in (None, DEFAULT_SOURCE) and not str(source).startswith("hf:")
+    if local:
+        text = read_text(source, "train", text_column)
+        a, b = _cut(text, 1 - 2 * holdout_fraction), _cut(text, 1 - holdout_fraction)
+        out = {"train": text[:a], "calib": text[a:b], "eval": text[b:]}
+    else:
+        out = {split: read_text(source, split, text_column) for split in SPLITS}
+    if eval_source is not None:
+        held = read_text(eval_source, "eval", text_column)
+        cut = _cut(held, 0.5)
+        out["calib"], out["eval"] = held[:cut], held[cut:]
+    for split, text in out.items():
+        if not text.strip():
+            raise ValueError(f"the data source {source!r} is too short to hold out a non-empty {split!r} part; "
+                             "give more text or a separate eval_data source.")
+    return out
+
+
+def _cut(text: str, fraction: float) -> int:
+    """Index near `fraction` of `text`, moved to just after the next newline when there is one."""
+    pos = int(len(text) * fraction)
+    nl = text.find("\n", pos)
+    return nl + 1 if nl != -1 and nl + 1 < len(text) else pos
+
+
+def block_order(n_blocks: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices of blocks number `start` .. `start + count - 1` of an endless stream that visits all
+    `n_blocks` blocks once per epoch, in a fresh random order per epoch (seeded by `seed` and the
+    epoch). A pure function of its arguments: a resumed run gets exactly the same data order."""
+    if n_blocks < 1:
+        raise ValueError("no blocks to train on.")
+    out, cache = [], {}
+    for pos in range(start, start + count):
+        epoch, i = divmod(pos, n_blocks)
+        if epoch not in cache:
+            gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + epoch)
+            cache[epoch] = torch.randperm(n_blocks, generator=gen).tolist()
+        out.append(cache[epoch][i])
+    return out

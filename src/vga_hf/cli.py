@@ -9,6 +9,7 @@ import sys
 
 #: Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
+    "diagnose",
 ]
 
 

@@ -24,6 +24,9 @@ from .gate import ValueGate, expand_gate_to_query_heads
 
 GATE_NAME = "vga_gate"
 CONFIG_ATTR = "vga_config"  # on model.config: the VGAConfig as a dict (saved into config.json)
+#: Callables `hook(model)` run at the end of every `patch_model` (vga_hf.checkpoint registers one
+#: that makes the model's config save as a VGA checkpoint).
+PATCH_HOOKS: list = []
 
 
 class PatchedValueGate(ValueGate):
@@ -52,7 +55,7 @@ class PatchedValueGate(ValueGate):
     # -- plumbing ---------------------------------------------------------------------------
     def attach(self, attn: nn.Module) -> None:
         attn.register_forward_pre_hook(self._attention_pre_hook)
-        getattr(attn, self.site.value_attr).register_forward_hook(self._value_hook, with_kwargs=True)
+        self._hook_value_site(getattr(attn, self.site.value_attr))
         if self.position == "output":
             getattr(attn, self.site.output_attr).register_forward_pre_hook(self._output_pre_hook)
 
@@ -61,13 +64,17 @@ class PatchedValueGate(ValueGate):
         # wrapper in attn.vga_gate (it dispatches to the trainable copy of the active adapter).
         self.__dict__["_active"] = attn._modules[GATE_NAME]
         site = getattr(attn, self.site.value_attr)
-        if not _has_hook(site._forward_hooks, self._value_hook):
+        if not site.__dict__.get(_SITE_FLAG, False):
             # The value site was replaced since patching (e.g. PEFT wrapped v_proj in a LoRA layer, or
             # merge_and_unload unwrapped it): move the hook onto the current module so that everything
             # it outputs, LoRA's contribution included, is gated.
             for module in attn.modules():
-                _remove_hooks(module, kinds=("forward",), only=self._value_hook)
-            site.register_forward_hook(self._value_hook, with_kwargs=True)
+                _remove_hooks(module, kinds=("forward",))
+            self._hook_value_site(site)
+
+    def _hook_value_site(self, site: nn.Module) -> None:
+        site.register_forward_hook(self._value_hook, with_kwargs=True)
+        site.__dict__[_SITE_FLAG] = True  # a plain flag: cheap to check, and traceable by torch.compile
 
     def _value_hook(self, module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor):
         site = self.site
@@ -101,20 +108,21 @@ class PatchedValueGate(ValueGate):
         return (z, *args[1:])
 
 
+_SITE_FLAG = "_vga_value_site"
+
+
 def _is_vga_hook(fn) -> bool:
     return isinstance(getattr(fn, "__self__", None), PatchedValueGate)
 
 
-def _has_hook(hooks: dict, fn) -> bool:
-    return any(h == fn for h in hooks.values())
-
-
-def _remove_hooks(module: nn.Module, kinds=("forward", "pre"), only=None) -> None:
-    """Remove vga_hf hooks from `module` (all of them, or only the bound method `only`)."""
+def _remove_hooks(module: nn.Module, kinds=("forward", "pre")) -> None:
+    """Remove vga_hf hooks (and the value-site flag) from `module`."""
+    if "forward" in kinds:
+        module.__dict__.pop(_SITE_FLAG, None)
     tables = {"forward": module._forward_hooks, "pre": module._forward_pre_hooks}
     for kind in kinds:
         hooks = tables[kind]
-        for key in [k for k, fn in hooks.items() if (fn == only if only is not None else _is_vga_hook(fn))]:
+        for key in [k for k, fn in hooks.items() if _is_vga_hook(fn)]:
             del hooks[key]
             for extra in ("_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                           "_forward_pre_hooks_with_kwargs"):
@@ -181,7 +189,7 @@ def patch_model(model: nn.Module, config: VGAConfig | None = None, **overrides: 
             "vga_hf.register_architecture(model_type, finder) for anything else."
         )
     chosen = _select_layers(sites, config.layers)
-    if config.position == "output" and any(site.output_attr is None for _, _, site in chosen):
+    if config.position == "output" and any(site.output_attr is None for _, (_, _, site) in chosen):
         raise ValueError("VGAConfig.position='output' needs an output projection (o_proj) in every "
                          "patched attention module; this architecture has none. Use position='value'.")
     for layer_idx, (path, attn, site) in chosen:
@@ -191,6 +199,8 @@ def patch_model(model: nn.Module, config: VGAConfig | None = None, **overrides: 
         gate.attach(attn)
     if hf_config is not None:
         setattr(hf_config, CONFIG_ATTR, config.to_dict())
+        for hook in PATCH_HOOKS:
+            hook(base)
     else:
         object.__setattr__(base, "_vga_config_dict", config.to_dict())
     return model

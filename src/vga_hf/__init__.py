@@ -14,6 +14,7 @@ from .patch import (
     summary,
     unpatch_model,
 )
+from .checkpoint import from_pretrained, load_gates, push_to_hub, save_checkpoint, save_gates
 
 __version__ = "0.1.0"
 
@@ -21,4 +22,5 @@ __all__ = [
     "ARCHITECTURES", "FORMAT_VERSION", "ValueGate", "ValueSite", "VGAConfig", "gate_named_parameters",
     "gate_parameters", "get_gates", "get_vga_config", "is_patched", "mark_only_gates_trainable",
     "patch_model", "register_architecture", "summary", "unpatch_model",
+    "from_pretrained", "load_gates", "push_to_hub", "save_checkpoint", "save_gates",
 ]

@@ -9,6 +9,8 @@ import sys
 
 #: Subcommand modules, in the order `--help` lists them.
 COMMANDS = [
+    "patch",
+    "info",
     "diagnose",
 ]
 

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 import vga_hf
 from vga_hf import VGAConfig
-from vga_hf.checkpoint import gate_statistics, read_card_metadata
+from vga_hf.checkpoint import gate_statistics, read_card_metadata, vga_model_class
 from vga_hf.cli import build_parser
 from vga_hf.cli import main as cli_main
 from vga_hf.testing import tiny_model, tiny_tokenizer
@@ -182,19 +182,35 @@ def test_sharded_and_bf16_saves(arch, variant, tmp_path):
     assert torch.equal(logits(reloaded), logits(model))
 
 
+VANILLA_LOADS = {  # name: (load(folder, base class) -> model, expected gate weight, bias)
+    "VGA class": (lambda f, base: vga_model_class(base).from_pretrained(f, **EAGER), 0.0, 0.0),
+    "from_pretrained default config": (lambda f, _: vga_hf.from_pretrained(f, vga_config=VGAConfig(), **EAGER),
+                                       0.0, 0.0),
+    "from_pretrained bias_init": (lambda f, _: vga_hf.from_pretrained(
+        f, vga_config=dict(bias_init=1.5, scale=1.0), **EAGER), 0.0, 1.5),
+}
+
+
+@pytest.mark.parametrize("how", VANILLA_LOADS)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_vanilla_checkpoint_through_vga_classes_gets_exact_init_gates(arch, tmp_path):
+def test_vanilla_checkpoint_through_vga_classes_gets_exact_init_gates(arch, how, tmp_path):
+    load, weight, bias = VANILLA_LOADS[how]
     vanilla = tiny_model(arch)
     vanilla.save_pretrained(tmp_path)
-    for vga, weight, bias in [({}, 0.0, 0.0), (dict(vga_config=VGAConfig(bias_init=1.5, scale=1.0)), 0.0, 1.5)]:
-        model = vga_hf.from_pretrained(tmp_path, **EAGER, **vga)
-        gates = vga_hf.get_gates(model)
-        assert len(gates) == 2
-        for gate in gates.values():  # exactly at init, never uninitialised memory
-            assert torch.equal(gate.weight, torch.full_like(gate.weight, weight))
-            assert torch.equal(gate.bias, torch.full_like(gate.bias, bias))
-    identity = vga_hf.from_pretrained(tmp_path, **EAGER)
-    assert torch.equal(logits(identity), logits(vanilla))
+    model = load(tmp_path, type(vanilla))
+    gates = vga_hf.get_gates(model)
+    assert len(gates) == 2
+    for gate in gates.values():  # exactly at init, never uninitialised memory
+        assert torch.equal(gate.weight, torch.full_like(gate.weight, weight))
+        assert torch.equal(gate.bias, torch.full_like(gate.bias, bias))
+    if bias == 0.0:
+        assert torch.equal(logits(model), logits(vanilla))
+
+
+def test_from_pretrained_of_vanilla_checkpoint_without_vga_config_loads_it_as_is(tmp_path):
+    tiny_model("gpt2").save_pretrained(tmp_path)
+    model = vga_hf.from_pretrained(tmp_path, **EAGER)
+    assert type(model).__name__ == "GPT2LMHeadModel" and not vga_hf.is_patched(model)
 
 
 def test_unpatched_model_saves_as_its_base(tmp_path):
@@ -403,6 +419,22 @@ def test_push_to_hub_uploads_the_checkpoint_folder(monkeypatch):
     meta = yaml.safe_load(card.split("---")[1])
     assert "vga" in meta["tags"] and meta["vga"]["metrics"] == {"ppl": 3.0}
     assert not Path(kwargs["folder_path"]).exists()  # the staging folder is cleaned up
+
+
+def test_push_to_hub_of_a_saved_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    uploads = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: type("Api", (), {
+        "create_repo": lambda self, repo_id, **kw: huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}"),
+        "upload_folder": lambda self, **kw: uploads.append(kw)})())
+    vga_hf.save_checkpoint(patched("llama"), tmp_path / "ck", metrics={"ppl": 2.0})
+    vga_hf.push_to_hub(tmp_path / "ck", "me/ck")
+    assert uploads[0]["folder_path"] == str(tmp_path / "ck") and uploads[0]["repo_id"] == "me/ck"
+    with pytest.raises(ValueError, match="pass them to save_checkpoint"):
+        vga_hf.push_to_hub(tmp_path / "ck", "me/ck", metrics={"ppl": 1.0})
+    with pytest.raises(ValueError, match="not a checkpoint saved by vga_hf.save_checkpoint"):
+        vga_hf.push_to_hub(tmp_path, "me/ck")
 
 
 # ---- 7. atomic saves -------------------------------------------------------------------------------

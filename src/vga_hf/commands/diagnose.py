@@ -4,7 +4,6 @@ and PNG plots (both models side by side with --compare)."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -47,7 +46,7 @@ def register(subparsers) -> None:
     defaults = DiagnosticsSettings()
     p = subparsers.add_parser(
         "diagnose", help="measure sinks, value drains, outliers, perplexity and W8A8 damage of a model",
-        description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=__doc__)
     p.add_argument("model", metavar="MODEL", help="'smollm2' (embedded SmolLM2-135M-Instruct) or a local HF model "
                    "folder, VGA-patched or not")
     p.add_argument("--compare", metavar="MODEL2", default=None,
@@ -58,21 +57,21 @@ def register(subparsers) -> None:
                    "Macbeth), a local .txt/.jsonl file or folder, or hf:NAME[:CONFIG][:SPLIT] (online or HF cache)")
     p.add_argument("--calib-data", default=None, help="W8A8 calibration text source (default: the 'calib' split of "
                    "--data; for a local file --data, give a different file here, or its text is split in two halves)")
-    p.add_argument("--text-column", default=defaults.text_column, help="text column of .jsonl / HF datasets")
-    p.add_argument("--out", default=DEFAULT_OUT, help="output folder for report.json, summary.md and PNGs")
-    p.add_argument("--window", type=int, default=defaults.window, help="tokens per evaluation window")
+    p.add_argument("--text-column", default=defaults.text_column, help="text column of .jsonl / HF datasets (default: %(default)s)")
+    p.add_argument("--out", default=DEFAULT_OUT, help="output folder for report.json, summary.md and PNGs (default: %(default)s)")
+    p.add_argument("--window", type=int, default=defaults.window, help="tokens per evaluation window (default: %(default)s)")
     p.add_argument("--stride", type=int, default=None, help="step between evaluation windows (default: --window, "
                    "non-overlapping; smaller gives each scored token more context)")
     p.add_argument("--max-windows", type=int, default=defaults.max_windows,
-                   help="evaluation windows at most (0: the whole text)")
-    p.add_argument("--calib-windows", type=int, default=defaults.calib_windows, help="W8A8 calibration windows")
-    p.add_argument("--eps", type=float, default=defaults.eps, help="sink threshold on alpha_k")
+                   help="evaluation windows at most (0: the whole text) (default: %(default)s)")
+    p.add_argument("--calib-windows", type=int, default=defaults.calib_windows, help="W8A8 calibration windows (default: %(default)s)")
+    p.add_argument("--eps", type=float, default=defaults.eps, help="sink threshold on alpha_k (default: %(default)s)")
     p.add_argument("--min-queries-frac", type=float, default=defaults.min_queries_frac,
-                   help="largest key attention: only keys seen by at least this fraction of queries")
+                   help="largest key attention: only keys seen by at least this fraction of queries (default: %(default)s)")
     p.add_argument("--no-w8a8", action="store_true", help="skip the W8A8 measurement (saves about half the time)")
     p.add_argument("--attn-implementation", default="sdpa", help="attention backend to load the model with "
-                   "(eager, sdpa, flex_attention); the probe works with any")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype")
+                   "(eager, sdpa, flex_attention); the probe works with any (default: %(default)s)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weights dtype (default: %(default)s)")
     p.add_argument("--no-plots", action="store_true", help="write report.json and summary.md only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

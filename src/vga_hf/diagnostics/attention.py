@@ -22,7 +22,10 @@ the backend (for T tokens and H heads, 2*B*H*T^2*head_dim FLOPs), and one [B, H,
 map alive at a time (the callback should reduce it to statistics at once; nothing is kept
 here). With `differentiable=False` the map is computed under `torch.no_grad()` and freed when the
 callback returns. With `differentiable=True` it keeps its graph, so the maps the callback uses in
-a loss stay alive until backward: memory of eager attention for those layers.
+a loss stay alive until backward: memory of eager attention for those layers. Under gradient
+checkpointing, the backward pass re-runs each layer's forward and so calls the callback again
+during backward; a training callback should reset what it collects at the start of each step
+(the extra calls come after the loss was formed, and what they add is simply dropped).
 
 Mask handling for the probabilities: a 4-D float mask is added, a 4-D boolean mask is applied;
 for anything else (None from sdpa's is_causal path, a flex BlockMask, a 2-D flash padding mask)

@@ -714,7 +714,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def retrofit(cfg: RetrofitConfig) -> int:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
 
     # ---- 1. every check before anything is written or trained -----------------------------
@@ -787,6 +787,7 @@ def retrofit(cfg: RetrofitConfig) -> int:
 
     # ---- 4. the loop ------------------------------------------------------------------------
     train_blocks, rank = data["train"], accelerator.process_index
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
     per_step = cfg.batch_size * cfg.grad_accum * world
     tokens_per_step = per_step * cfg.block_len
     ckpt_root = out / "checkpoints"
@@ -827,7 +828,9 @@ def retrofit(cfg: RetrofitConfig) -> int:
             logger.log(record)
             progress.set_postfix(loss=f"{record['loss/lm']:.4f}")
         if cfg.eval_every and done % cfg.eval_every == 0:
-            if main_proc:
+            if fsdp:  # sharded parameters: every process runs the wrapped model
+                logger.log({"step": done, "eval/loss": eval_loss(model, data["eval"], cfg.batch_size)})
+            elif main_proc:
                 logger.log({"step": done, "eval/loss": eval_loss(accelerator.unwrap_model(model), data["eval"],
                                                                  cfg.batch_size)})
             accelerator.wait_for_everyone()
@@ -840,8 +843,17 @@ def retrofit(cfg: RetrofitConfig) -> int:
     accelerator.wait_for_everyone()
 
     # ---- 5. diagnostics after, summary, checkpoint ---------------------------------------
+    trained = accelerator.unwrap_model(model)
+    if fsdp:  # parameters are sharded: gather a full copy
+        state = accelerator.get_state_dict(model)  # collective; the full state dict lands on the main process
+        if main_proc:
+            trained, _, _ = load_model_and_tokenizer(cfg)
+            if cfg.vga:
+                vga_hf.patch_model(trained, vga_config(cfg))
+            trained = vtrain.setup_trainable(trained, cfg.mode, cfg.vga, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+            trained.load_state_dict(state)
     if main_proc:
-        final = vtrain.finalize_for_saving(accelerator.unwrap_model(model))
+        final = vtrain.finalize_for_saving(trained)
         final.config.use_cache = True
         if cfg.gradient_checkpointing:
             final.gradient_checkpointing_disable()

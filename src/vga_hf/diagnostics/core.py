@@ -83,7 +83,7 @@ def _model_info(model: nn.Module, name: str | None) -> dict[str, Any]:
     text_cfg = getattr(cfg, "text_config", None) or cfg
     vga = get_vga_config(model)
     return {
-        "name": name or getattr(cfg, "_name_or_path", None) or type(model).__name__,
+        "name": name or str(getattr(cfg, "_name_or_path", "") or type(model).__name__).rstrip("/").rsplit("/", 1)[-1],
         "class": type(model).__name__,
         "model_type": getattr(text_cfg, "model_type", None),
         "num_layers": getattr(text_cfg, "num_hidden_layers", None),

@@ -452,7 +452,11 @@ def test_cli_diagnose_compare(tmp_path, capsys):
     from vga_hf.cli import build_parser, main
 
     a = save_tiny_checkpoint(tmp_path / "a", seed=0)
-    b = save_tiny_checkpoint(tmp_path / "b", seed=1)
+    patched = vga_hf.patch_model(tiny_model("llama", seed=0))  # "after a retrofit": a VGA checkpoint
+    with torch.no_grad():
+        for gate in vga_hf.get_gates(patched).values():
+            gate.bias.fill_(-1.0)
+    b = str(vga_hf.save_checkpoint(patched, tmp_path / "b", tokenizer=tiny_tokenizer()))
     text = tmp_path / "t.txt"
     text.write_text("Now is the winter of our discontent made glorious summer by this sun of York. " * 3)
     out = tmp_path / "out"
@@ -463,7 +467,9 @@ def test_cli_diagnose_compare(tmp_path, capsys):
     assert "| metric | A | B |" in printed
     reports = load_reports(out / "report.json")
     assert list(reports) == ["A", "B"] and reports["A"]["settings"]["stride"] == 24
-    assert (out / "first_token_attention.png").exists()
+    assert (out / "first_token_attention.png").exists() and (out / "gate_distribution.png").exists()
+    assert not reports["A"]["model"]["patched"] and reports["B"]["model"]["patched"]  # loaded with its gates
+    assert reports["B"]["summary"]["gate_first"] == pytest.approx(2 / (1 + math.exp(1)), rel=1e-5)
     # every option is documented
     sub = build_parser()._subparsers._group_actions[0].choices["diagnose"]
     for action in sub._actions:
@@ -481,4 +487,5 @@ def test_smollm2_has_sinks_and_drained_first_values():
     assert r["sink_rate"] > 30.0
     middle = r["value_drain"]["gated"][5:25]
     assert sum(sum(row) / len(row) for row in middle) / len(middle) < 0.5
-    assert r["max_inf_norm"] > 10 * r["max_inf_norm_excl_first"]
+    assert r["max_inf_norm"] > 1000  # massive activations (24.9k in the default run)
+    assert r["max_inf_norm_position"][15] == 0  # ... on the sink token

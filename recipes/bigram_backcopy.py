@@ -56,15 +56,18 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "gate_bias": (0.0, "gate bias init b"),
     "threads": (1, "torch threads (1 coexists best with other jobs on a shared CPU)"),
     "figures": (True, "write the PNG figures"),
+    "replot_from": (None, "path of an existing results.json: rewrite summary.md and the figures from it into "
+                          "output_dir, without training"),
     "progress": (True, "tqdm progress bar"),
 }
-METRICS = ["backcopy_risk", "bigram_risk", "attn_bos", "value_norm_bos", "logit_gap"]
-TABLE_METRICS = METRICS + ["value_ratio_bos", "raw_value_norm_bos", "gate_bos", "gate_rest"]
+METRICS = ["backcopy_risk", "bigram_risk", "attn_bos", "raw_value_norm_bos", "logit_gap"]
+TABLE_METRICS = METRICS + ["value_norm_bos", "value_ratio_bos", "gate_bos", "gate_rest"]
 METRIC_LABELS = {
     "backcopy_risk": "backcopy risk",
     "bigram_risk": "bigram risk",
     "attn_bos": "attention on <s> (non-trigger queries)",
-    "value_norm_bos": "|v(<s>)| (gated)",
+    "raw_value_norm_bos": "|v(<s>)| (value state)",
+    "value_norm_bos": "|g·v(<s>)| (gated value, where the gate acts on values)",
     "logit_gap": "logit gap of <s> (right axis)",
 }
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "bigram_backcopy.yaml"
@@ -177,10 +180,11 @@ def summarize(runs: dict) -> dict:
 
 def summary_table(summary: dict, bigram_floor: float | None = None) -> str:
     """Markdown table: mean ± std (min..max) over seeds, one row per variant."""
-    cols = ["backcopy_risk", "bigram_risk", "attn_bos", "logit_gap", "value_norm_bos", "value_ratio_bos",
-            "gate_bos", "gate_rest"]
+    cols = ["backcopy_risk", "bigram_risk", "attn_bos", "logit_gap", "raw_value_norm_bos", "value_norm_bos",
+            "value_ratio_bos", "gate_bos", "gate_rest"]
     names = {"backcopy_risk": "backcopy risk", "bigram_risk": "bigram risk", "attn_bos": "attn on <s>",
-             "logit_gap": "logit gap <s>", "value_norm_bos": "\\|v(<s>)\\|", "value_ratio_bos": "\\|v(<s>)\\| / mean \\|v\\|",
+             "logit_gap": "logit gap <s>", "raw_value_norm_bos": "\\|v(<s>)\\|",
+             "value_norm_bos": "\\|g·v(<s>)\\|", "value_ratio_bos": "\\|g·v(<s>)\\| / mean \\|g·v\\|",
              "gate_bos": "gate g(<s>)", "gate_rest": "gate, other tokens"}
     lines = ["| variant | " + " | ".join(names[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for variant, stats in summary.items():
@@ -228,6 +232,10 @@ def figure5(runs: dict, path: Path) -> None:
             target.plot(steps, data.mean(0), style, color=colors[m], label=METRIC_LABELS[m])
             if len(by_seed) > 1:
                 target.fill_between(steps, data.min(0), data.max(0), color=colors[m], alpha=0.2)
+        if variant in ("iga", "vga"):  # the gate multiplies the value: show what attention mixes
+            data = np.array([[h["value_norm_bos"] for h in r["history"]] for r in by_seed], dtype=float)
+            ax.plot(steps, data.mean(0), ":", color=colors["raw_value_norm_bos"], linewidth=2,
+                    label=METRIC_LABELS["value_norm_bos"])
         ax.set_title(f"{VARIANT_LABELS[variant]}\n({len(by_seed)} seed{'s' if len(by_seed) > 1 else ''})",
                      fontsize=9)
         ax.set_xlabel("step")
@@ -236,9 +244,12 @@ def figure5(runs: dict, path: Path) -> None:
     for twin in twins[:-1]:
         twin.set_yticklabels([])
     twins[-1].set_ylabel("logit gap")
-    handles = [h for a in (axes[0][0], twins[0]) for h in a.get_legend_handles_labels()[0]]
-    fig.legend(handles, [h.get_label() for h in handles], loc="lower center", ncol=5, fontsize=8,
-               bbox_to_anchor=(0.5, -0.06))
+    handles = {}
+    for a in [*axes[0], *twins]:
+        for h in a.get_legend_handles_labels()[0]:
+            handles.setdefault(h.get_label(), h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8,
+               bbox_to_anchor=(0.5, -0.12))
     fig.suptitle("Bigram-Backcopy: task risks and <s> sink metrics over training (mean, band = min..max over seeds)",
                  fontsize=10)
     fig.tight_layout()
@@ -255,8 +266,8 @@ def figure4(runs: dict, path: Path) -> None:
     from vga_hf.bigram import VARIANT_LABELS
 
     variants = list(runs)
-    fig, axes = plt.subplots(2, len(variants), figsize=(4.2 * len(variants), 7.2), squeeze=False,
-                             gridspec_kw={"height_ratios": [3, 1.3]})
+    fig, axes = plt.subplots(2, len(variants), figsize=(4.6 * len(variants), 8.4), squeeze=False,
+                             gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.35, "wspace": 0.3})
     vmax = max(max(next(iter(runs[v].values()))["sample"]["value_norm"] +
                    next(iter(runs[v].values()))["sample"]["raw_value_norm"]) for v in variants)
     for col, variant in enumerate(variants):
@@ -264,18 +275,20 @@ def figure4(runs: dict, path: Path) -> None:
         s = run["sample"]
         attn = np.array(s["attention"])
         T = attn.shape[0]
-        labels = ["<s>" if t == 0 else repr(c)[1:-1] for t, c in zip(s["tokens"], ["<s>"] + list(s["text"][1:]))]
+        glyph = {" ": "␣", "\n": "\\n", "\t": "\\t"}
+        labels = ["<s>"] + [glyph.get(c, c) for c in s["text"][1:]]
         ax = axes[0][col]
         im = ax.imshow(attn, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         ax.set_title(f"{VARIANT_LABELS[variant]} (seed {seed}, layer {s['layer']})\nattention map", fontsize=9)
-        ticks = list(range(0, T, max(1, T // 32)))
-        ax.set_xticks(ticks, [labels[i] for i in ticks], fontsize=5, rotation=90)
+        ticks = list(range(0, T, max(1, T // 64)))
+        xticks = list(range(0, T, max(1, T // 16)))
+        ax.set_xticks(xticks, [f"{labels[i]} {i}" for i in xticks], fontsize=6, rotation=90)
         ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=5)
         for i in ticks:
             if s["triggers"][i]:
                 ax.get_yticklabels()[ticks.index(i)].set_color("red")
-        ax.set_xlabel("key")
-        ax.set_ylabel("query (red: trigger)")
+        ax.set_xlabel("key", fontsize=8)
+        ax.set_ylabel("query (red: trigger)", fontsize=8)
         ax2 = axes[1][col]
         x = np.arange(T)
         ax2.bar(x, s["value_norm"], color=["tab:red" if i == 0 else "tab:blue" for i in x], width=0.8,
@@ -283,13 +296,26 @@ def figure4(runs: dict, path: Path) -> None:
         ax2.plot(x, s["raw_value_norm"], ".", color="black", markersize=3, label="|v| (before gate)")
         ax2.set_ylim(0, 1.05 * vmax)
         ax2.set_xlim(-0.5, T - 0.5)
-        ax2.set_xticks(ticks, [labels[i] for i in ticks], fontsize=5, rotation=90)
+        ax2.set_xticks(xticks, [f"{labels[i]} {i}" for i in xticks], fontsize=6, rotation=90)
         ax2.set_title("value-state norm per token (<s> in red)", fontsize=8)
+        ax2.set_ylabel("norm", fontsize=8)
         if col == 0:
             ax2.legend(fontsize=7, loc="upper right")
     fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="attention weight")
     atomic_savefig(fig, path)
     plt.close(fig)
+
+
+def replot(results_path: Path, out_dir: Path) -> dict:
+    """summary.md and both figures from an existing results.json."""
+    results = json.loads(results_path.read_text())
+    results["summary"] = summarize(results["runs"])
+    table = summary_table(results["summary"], results["task"]["bigram_risk_floor"])
+    atomic_write_text(out_dir / "summary.md", table)
+    figure5(results["runs"], out_dir / "fig5_training_curves.png")
+    figure4(results["runs"], out_dir / "fig4_attention_values.png")
+    print(table)
+    return results
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -304,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(config["threads"])
     out_dir = Path(config["output_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
+    if config["replot_from"]:
+        return replot(Path(config["replot_from"]), out_dir)
     texts = assets.shakespeare_texts(config["plays"])
     task = BigramBackcopy.from_text("\n".join(texts.values()), k=config["k"])
     floor_tokens = task.sample(512, config["seq_len"], torch.Generator().manual_seed(12345))

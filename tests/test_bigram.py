@@ -246,3 +246,7 @@ def test_recipe_end_to_end(tmp_path, monkeypatch):
     assert "| vanilla |" in (tmp_path / "summary.md").read_text()
     assert results["config"]["seeds"] == [0, 1]
     assert not list(tmp_path.glob(".*.tmp")), "no temporary files left behind"
+    replot = tmp_path / "replot"
+    recipe.main([f"output_dir={replot}", f"replot_from={tmp_path / 'results.json'}"])
+    assert (replot / "fig4_attention_values.png").stat().st_size > 0
+    assert (replot / "summary.md").read_text() == (tmp_path / "summary.md").read_text()

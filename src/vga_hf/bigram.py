@@ -14,7 +14,9 @@ Metrics (all functions below are pure tensor functions, testable on hand-made in
   distribution q against the oracle p*, averaged over trigger / non-trigger query positions.
   (The bigram oracle is not deterministic: its entropy, the floor of the bigram risk, is reported.)
 - attention on `<s>`: mean of `a_i0` over non-trigger queries i >= 1.
-- value-state norm of `<s>`: `|v_0|` (and its ratio to the mean `|v_j|` of the other tokens).
+- value-state norm of `<s>`: `|v_0|` (and its ratio to the mean `|v_j|` of the other tokens), both
+  of the value state itself (`raw_value_*`: the value projection's output) and of what attention
+  mixes (`value_*`: `g_0 * v_0` where the gate acts on values, i.e. IGA and VGA; `v_0` otherwise).
 - logit gap of `<s>`: attention logit of key 0 minus the mean logit of the other visible keys,
   averaged over non-trigger queries. Computed from the attention probabilities:
   `s_i0 - mean_j s_ij = log a_i0 - mean_j log a_ij` exactly (softmax is shift invariant), with
@@ -356,16 +358,17 @@ def evaluate(model, task: BigramBackcopy, tokens: torch.Tensor, recorder: ValueR
     trig, non_trig = query_masks(tokens, task)
     oracle = task.oracle(tokens)
     per_layer = {"attn_bos": [], "logit_gap": [], "value_norm_bos": [], "value_ratio_bos": [],
-                 "raw_value_norm_bos": [], "gate_bos": [], "gate_rest": []}
+                 "raw_value_norm_bos": [], "raw_value_ratio_bos": [], "gate_bos": [], "gate_rest": []}
     n_kv = recorder.num_kv_heads
     for li, attn in enumerate(out.attentions):
         per_layer["attn_bos"].append(float(attention_on_bos(attn, non_trig).mean()))
         per_layer["logit_gap"].append(float(bos_logit_gap(attn, non_trig).mean()))
         eff_first, eff_ratio = bos_value_stats(recorder.effective(model, li), n_kv)
-        raw_first, _ = bos_value_stats(recorder.values[li], n_kv)
+        raw_first, raw_ratio = bos_value_stats(recorder.values[li], n_kv)
         per_layer["value_norm_bos"].append(float(eff_first.mean()))
         per_layer["value_ratio_bos"].append(float(eff_ratio.mean()))
         per_layer["raw_value_norm_bos"].append(float(raw_first.mean()))
+        per_layer["raw_value_ratio_bos"].append(float(raw_ratio.mean()))
         gate = gates.get(li)
         if gate is not None and gate.last_gate is not None:
             g = gate.last_gate.float()  # [B, T, n_kv, per_head]

@@ -228,6 +228,21 @@ def test_probe_same_probs_under_eager_and_sdpa(model_type):
         torch.testing.assert_close(maps["eager"][layer], maps["sdpa"][layer], atol=1e-6, rtol=1e-5)
 
 
+def test_generic_eager_matches_model_eager():
+    from vga_hf.diagnostics.attention import generic_eager_attention
+
+    model = tiny_model("llama", attn_implementation="eager")
+    attn = model.model.layers[0].self_attn
+    q, k, v = torch.randn(1, 4, 6, 16), torch.randn(1, 2, 6, 16), torch.randn(1, 2, 6, 16)
+    mask = torch.triu(torch.full((6, 6), float("-inf")), 1)[None, None]
+    from transformers.models.llama.modeling_llama import eager_attention_forward
+
+    ref_out, ref_probs = eager_attention_forward(attn, q, k, v, mask, scaling=0.25)
+    out, probs = generic_eager_attention(attn, q, k, v, None, scaling=0.25)  # causal mask built from shapes
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(probs, ref_probs)
+
+
 def test_probe_differentiable_and_layer_subset():
     model = tiny_model("llama", attn_implementation="sdpa")
     ids = torch.randint(3, 128, (1, 10))

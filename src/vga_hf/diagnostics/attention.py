@@ -74,9 +74,7 @@ def _original_forward(module: nn.Module, impl: str) -> Callable:
 
     if impl == "eager" or impl not in ALL_ATTENTION_FUNCTIONS:
         eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-        if eager is None:
-            raise RuntimeError(f"attention_probe: no eager attention function for {type(module).__name__}.")
-        return eager
+        return eager if eager is not None else generic_eager_attention
     return ALL_ATTENTION_FUNCTIONS[impl]
 
 
@@ -110,6 +108,19 @@ def attention_probs(module: nn.Module, query: torch.Tensor, key: torch.Tensor, a
         sink = s_aux.float().reshape(1, -1, 1, 1).expand(scores.shape[0], -1, tq, 1)
         return torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :tk]
     return torch.softmax(scores, dim=-1)
+
+
+def generic_eager_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask, scaling: float | None = None, dropout: float = 0.0, **kwargs):
+    """Eager attention for modules whose modeling file has no `eager_attention_forward`:
+    (output [B, Tq, H, D], probs [B, H, Tq, Tk])."""
+    probs = attention_probs(module, query, key, attention_mask, scaling=scaling, softcap=kwargs.get("softcap"),
+                            sliding_window=kwargs.get("sliding_window"), s_aux=kwargs.get("s_aux")).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    n_heads, n_kv = query.shape[1], value.shape[1]
+    if n_heads != n_kv:
+        value = value.repeat_interleave(n_heads // n_kv, dim=1)
+    return torch.matmul(probs, value).transpose(1, 2).contiguous(), probs
 
 
 def _probe_forward(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -457,6 +457,7 @@ def test_diagnose_with_tokenizer_and_text():
 
 
 def test_settings_validation():
+    assert DiagnosticsSettings(window=16).stride == 16  # stride defaults to the window
     with pytest.raises(ValueError, match="stride"):
         DiagnosticsSettings(window=16, stride=32)
     with pytest.raises(ValueError, match="calib_windows"):

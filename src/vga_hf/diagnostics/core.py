@@ -38,8 +38,9 @@ class DiagnosticsSettings:
                              "hf:NAME[:CONFIG][:SPLIT]. See vga_hf.data.read_text."})
     text_column: str = field(default="text", metadata={"help": "Text column of .jsonl / HF dataset sources."})
     window: int = field(default=256, metadata={"help": "Tokens per evaluation window (each one forward)."})
-    stride: int = field(default=256, metadata={"help": "Step between windows; < window scores each token with "
-                        "window - stride tokens of extra context (HF strided perplexity)."})
+    stride: int | None = field(default=None, metadata={"help": "Step between windows (None: = window, no overlap); "
+                               "< window scores each token with window - stride tokens of extra context "
+                               "(HF strided perplexity)."})
     max_windows: int | None = field(default=8, metadata={"help": "Evaluation windows at most (None: all the text)."})
     calib_windows: int = field(default=4, metadata={"help": "W8A8 calibration windows (window tokens each, "
                                "from the calibration text, disjoint from the evaluation text)."})
@@ -57,6 +58,8 @@ class DiagnosticsSettings:
     def __post_init__(self) -> None:
         if self.window < 3:
             raise ValueError(f"window must be >= 3 tokens, got {self.window}.")
+        if self.stride is None:
+            self.stride = self.window
         if not 0 < self.stride <= self.window:
             raise ValueError(f"need 0 < stride <= window, got stride={self.stride}, window={self.window}.")
         if self.max_windows is not None and self.max_windows < 1:

@@ -482,13 +482,17 @@ GATE_ROWS = ["gate_mean_abs_shift", "gate_max_abs_shift", "gate_mean_first_token
              "gate_param_max_abs_weight", "gate_param_max_abs_bias_shift"]
 ROW_LABELS = {
     "perplexity": "perplexity (held-out)", "w8a8_perplexity": "W8A8 perplexity", "w8a8_gap": "W8A8 gap",
-    "sink_rate": "sink rate (eps 0.3)", "first_token_attention": "first-token attention (mean)",
+    "sink_rate": "sink rate % (eps 0.3)", "first_token_attention": "first-token attention (mean)",
     "value_drain": "value-drain ratio (first token / rest)", "kurtosis": "kurtosis (mean)",
     "max_inf_norm": "max inf norm", "max_inf_norm_excl_first": "max inf norm, pos 0 excluded",
     "gate_mean_abs_shift": "gates moved: mean abs(g-g0)", "gate_max_abs_shift": "gates moved: max abs(g-g0)",
     "gate_mean_first_token": "mean gate, first token", "gate_mean_other_tokens": "mean gate, other tokens",
     "gate_param_max_abs_weight": "gate param: max abs(W)", "gate_param_max_abs_bias_shift": "gate param: max abs(b-b0)",
     "eval_loss": "eval loss (held-out blocks)",
+    "second_token_attention": "second-token attention (mean)", "max_key_attention": "largest key attention per head (mean)",
+    "max_key_sink_rate": "sink rate %, any key", "max_key_not_first": "% of heads whose top key is not pos 0",
+    "value_drain_ungated": "value-drain ratio, before the gate", "gate_first": "mean gate on pos 0 (diagnostics)",
+    "gate_rest": "mean gate on other tokens (diagnostics)",
 }
 
 
@@ -701,6 +705,8 @@ def _relaunch_cpu_workers(n: int, argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # logs appear as they happen, also in a file
     n = _requested_cpu_processes() if argv is None else 0
     if n > 1:
         return _relaunch_cpu_workers(n, sys.argv[1:])

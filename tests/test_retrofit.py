@@ -115,9 +115,9 @@ def test_end_to_end(assets, tmp_path, mode, model):
 def _load_routes(folder):
     from transformers import AutoModelForCausalLM
 
-    models = [AutoModelForCausalLM.from_pretrained(folder)]  # import vga_hf has run
-    if hasattr(vga_hf, "from_pretrained"):
-        models.append(vga_hf.from_pretrained(folder))
+    models = [AutoModelForCausalLM.from_pretrained(folder),  # import vga_hf has run
+              AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True),  # the code saved with it
+              vga_hf.from_pretrained(folder)]
     return [m.eval() for m in models]
 
 

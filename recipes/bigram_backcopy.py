@@ -161,6 +161,17 @@ def atomic_savefig(fig, path: Path) -> None:
         raise
 
 
+def rounded(obj, digits: int = 4):
+    """Floats rounded to `digits` significant digits (keeps results.json small: attention maps)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [rounded(v, digits) for v in obj]
+    return obj
+
+
 # ---- summary -------------------------------------------------------------------------------------
 def summarize(runs: dict) -> dict:
     """{variant: {metric: {mean, std, min, max, n}}} of the final values over seeds."""
@@ -366,7 +377,7 @@ def main(argv: list[str] | None = None) -> dict:
                       f"({time.time() - t0:.0f}s)")
             results["summary"] = summarize(results["runs"])
             results["seconds"]["total"] = round(time.time() - t_start, 1)
-            atomic_write_text(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+            atomic_write_text(out_dir / "results.json", json.dumps(rounded(results), separators=(",", ":")) + "\n")
         # after every seed: table and figures of what is finished (a cut-short run still leaves them)
         table = summary_table(results["summary"], bigram_floor)
         atomic_write_text(out_dir / "summary.md", table)

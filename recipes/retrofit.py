@@ -491,8 +491,8 @@ ROW_LABELS = {
     "eval_loss": "eval loss (held-out blocks)",
     "second_token_attention": "second-token attention (mean)", "max_key_attention": "largest key attention per head (mean)",
     "max_key_sink_rate": "sink rate %, any key", "max_key_not_first": "% of heads whose top key is not pos 0",
-    "value_drain_ungated": "value-drain ratio, before the gate", "gate_first": "mean gate on pos 0 (diagnostics)",
-    "gate_rest": "mean gate on other tokens (diagnostics)",
+    "value_drain_ungated": "value-drain ratio, before the gate", "gate_first": "mean gate, first token",
+    "gate_rest": "mean gate, other tokens",
 }
 
 
@@ -559,6 +559,11 @@ def summary_markdown(cfg: RetrofitConfig, before: dict, after: dict, info: dict)
     for key in list(before) + list(after):
         if key not in rows:
             rows.append(key)
+    if "gate_first" in after:  # the diagnostics' own gate means (on their windows) replace ours
+        rows = [k for k in rows if k not in ("gate_mean_first_token", "gate_mean_other_tokens", "gate_first",
+                                             "gate_rest")]
+        at = rows.index("gate_max_abs_shift") + 1
+        rows[at:at] = ["gate_first", "gate_rest"]
     table = vtrain.summary_table({"before": before, "after": after}, rows, ROW_LABELS)
     what = (f"mode={cfg.mode}, vga={'on' if cfg.vga else 'off (control)'}, {info['steps']} steps x "
             f"{info['tokens_per_step']} tokens, gate_lr={cfg.gate_lr:g}, lr={info['lr']:g}, seed={cfg.seed}")

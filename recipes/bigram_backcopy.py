@@ -61,7 +61,7 @@ OPTIONS: dict[str, tuple[object, str]] = {
     "progress": (True, "tqdm progress bar"),
 }
 METRICS = ["backcopy_risk", "bigram_risk", "attn_bos", "raw_value_norm_bos", "logit_gap"]
-TABLE_METRICS = METRICS + ["value_norm_bos", "value_ratio_bos", "gate_bos", "gate_rest"]
+TABLE_METRICS = METRICS + ["value_norm_bos", "value_ratio_bos", "raw_value_ratio_bos", "gate_bos", "gate_rest"]
 METRIC_LABELS = {
     "backcopy_risk": "backcopy risk",
     "bigram_risk": "bigram risk",
@@ -191,10 +191,11 @@ def summarize(runs: dict) -> dict:
 
 def summary_table(summary: dict, bigram_floor: float | None = None) -> str:
     """Markdown table: mean ± std (min..max) over seeds, one row per variant."""
-    cols = ["backcopy_risk", "bigram_risk", "attn_bos", "logit_gap", "raw_value_norm_bos", "value_norm_bos",
-            "value_ratio_bos", "gate_bos", "gate_rest"]
+    cols = ["backcopy_risk", "bigram_risk", "attn_bos", "logit_gap", "raw_value_norm_bos", "raw_value_ratio_bos",
+            "value_norm_bos", "value_ratio_bos", "gate_bos", "gate_rest"]
     names = {"backcopy_risk": "backcopy risk", "bigram_risk": "bigram risk", "attn_bos": "attn on <s>",
              "logit_gap": "logit gap <s>", "raw_value_norm_bos": "\\|v(<s>)\\|",
+             "raw_value_ratio_bos": "\\|v(<s>)\\| / mean \\|v\\|",
              "value_norm_bos": "\\|g·v(<s>)\\|", "value_ratio_bos": "\\|g·v(<s>)\\| / mean \\|g·v\\|",
              "gate_bos": "gate g(<s>)", "gate_rest": "gate, other tokens"}
     lines = ["| variant | " + " | ".join(names[c] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -574,7 +574,19 @@ def summary_markdown(cfg: RetrofitConfig, before: dict, after: dict, info: dict)
 # =============================================================================================
 # Output: checkpoint (through vga_hf's save path) and model card
 # =============================================================================================
-def save_final(model, tokenizer, out_dir: Path, metrics: dict, base_model: str) -> None:
+DEFAULT_MODEL_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def hub_base_model(cfg: RetrofitConfig, source: str) -> str | None:
+    """The `base_model` of the model card: a Hub id, never a local path."""
+    if cfg.model is None:
+        return DEFAULT_MODEL_HUB_ID
+    if source.startswith("tiny:") or Path(source).exists():
+        return None
+    return source
+
+
+def save_final(model, tokenizer, out_dir: Path, metrics: dict, base_model: str | None) -> None:
     save = getattr(vga_hf, "save_checkpoint", None)
     if save is not None:
         save(model, out_dir, tokenizer=tokenizer, metrics=metrics, base_model=base_model)
@@ -877,7 +889,7 @@ def retrofit(cfg: RetrofitConfig) -> int:
                 writer({"before": before, "after": after}, out / "diagnostics")
             except Exception as err:  # the table and checkpoint matter more than the plots
                 print(f"retrofit: warning: diagnostics report not written: {err}")
-        info = {"model": source, "steps": cfg.max_steps, "tokens_per_step": tokens_per_step, "lr": lr,
+        info = {"model": source if cfg.model else f"{DEFAULT_MODEL_HUB_ID} (local copy: {source})", "steps": cfg.max_steps, "tokens_per_step": tokens_per_step, "lr": lr,
                 "train_seconds": train_seconds, "world_size": world}
         summary = summary_markdown(cfg, before["summary"], after["summary"], info)
         print("\n" + summary)
@@ -885,7 +897,8 @@ def retrofit(cfg: RetrofitConfig) -> int:
         (out / "summary.json").write_text(json.dumps(
             {"before": before["summary"], "after": after["summary"], "run": info, "config": config_to_dict(cfg)},
             indent=2, default=str))
-        save_final(final, tokenizer, out / "model", card_metrics(before["summary"], after["summary"]), source)
+        save_final(final, tokenizer, out / "model", card_metrics(before["summary"], after["summary"]),
+                   hub_base_model(cfg, source))
         print(f"retrofit: saved {out / 'model'} (load with vga_hf.from_pretrained('{out / 'model'}'))")
         if cfg.push_to_hub:
             push(out / "model", cfg.push_to_hub)

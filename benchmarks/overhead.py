@@ -7,7 +7,8 @@ Prints, for VGA head gates, VGA element gates and IGA, the ratios patched/unpatc
 latency (--seq tokens), decode tokens/s with the KV cache, and peak memory of a prefill, plus the
 parameters added. Targets (issue 2): VGA head latency ratio <= 1.03, parameters added <= 0.02 %.
 Latency runs are interleaved across variants (round robin) so that machine drift hits all alike;
-the median is reported. CPU peak memory is the peak RSS (weights included) of a fresh subprocess
+the median is reported. On CPU the clock is the process's CPU time with --threads threads (default
+1), so that other load on a shared machine does not count; on GPU it is wall time. CPU peak memory is the peak RSS (weights included) of a fresh subprocess
 per variant that builds the model and runs one prefill; on CUDA it is max_memory_allocated of a prefill.
 """
 
@@ -50,13 +51,18 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def clock(device: str) -> float:
+    """Wall time on GPU; CPU time of this process on CPU (robust to other load on a shared machine)."""
+    return time.perf_counter() if device.startswith("cuda") else time.process_time()
+
+
 @torch.inference_mode()
 def prefill_seconds(model, ids, device) -> float:
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     model(ids, use_cache=False)
     sync(device)
-    return time.perf_counter() - t0
+    return clock(device) - t0
 
 
 @torch.inference_mode()
@@ -64,12 +70,12 @@ def decode_tokens_per_s(model, prompt, new_tokens, device) -> float:
     out = model(prompt, use_cache=True)
     cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     sync(device)
-    t0 = time.perf_counter()
+    t0 = clock(device)
     for _ in range(new_tokens):
         out = model(nxt, cache=cache, use_cache=True)
         cache, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
     sync(device)
-    return new_tokens / (time.perf_counter() - t0)
+    return new_tokens / (clock(device) - t0)
 
 
 def peak_memory_mb(variant: str, args) -> float:
@@ -96,9 +102,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--attn", default="sdpa", help="attention backend (eager, sdpa, flash_attention_2, ...)")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU time is what is measured on CPU)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     parser.add_argument("--_memory-child", dest="memory_child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
 
     if args.memory_child:  # fresh process: peak RSS of one prefill, in MiB
         model = build(args.memory_child, args)
@@ -132,7 +140,8 @@ def main() -> None:
     ref = results["unpatched"]
     print(f"# benchmarks/overhead.py: {args.layers} layers SmolLM2-135M shape, random weights, device={args.device}, "
           f"dtype={args.dtype}, attn={args.attn}, prefill {args.seq} tokens x{args.repeats} (median), "
-          f"decode {args.decode_tokens} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"decode {args.decode_tokens} tokens; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"clock: {'wall' if args.device.startswith('cuda') else 'process CPU time'}")
     print("| variant | prefill latency ratio | decode tok/s ratio | peak memory ratio | params added | % of model |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():

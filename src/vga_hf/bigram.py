@@ -255,32 +255,6 @@ def build_model(vocab_size: int, seq_len: int, arch: str = "llama", layers: int 
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
 
 
-def _patch(model, vga) -> None:
-    """`patch_model`, with a fallback for a core bug: in vga_hf 0.1.0 `patch_model` raises
-    "not enough values to unpack" for `position="output"` (its o_proj check unpacks the wrong
-    tuple shape). The fallback does what patch_model's loop does, for that case only."""
-    from .patch import patch_model
-
-    try:
-        patch_model(model, vga)
-        return
-    except ValueError as err:
-        if vga.position != "output" or "unpack" not in str(err):
-            raise
-    from .architectures import find_value_sites, model_type_of
-    from .patch import CONFIG_ATTR, GATE_NAME, PatchedValueGate, _select_layers
-
-    chosen = _select_layers(find_value_sites(model, model_type_of(model.config)), vga.layers)
-    for layer_idx, (_, attn, site) in chosen:
-        if site.output_attr is None:
-            raise ValueError("position='output' needs an output projection in every attention module.")
-        weight = next(getattr(attn, site.value_attr).parameters())
-        gate = PatchedValueGate(vga, site, layer_idx, dtype=weight.dtype, device=weight.device)
-        attn.add_module(GATE_NAME, gate)
-        gate.attach(attn)
-    setattr(model.config, CONFIG_ATTR, vga.to_dict())
-
-
 class ValueRecorder:
     """Keeps the ungated value states of every decoder attention layer during a forward.
 
@@ -409,7 +383,7 @@ def train_variant(task: BigramBackcopy, variant: str, seed: int = 0, *, arch: st
     recorder = ValueRecorder(model)
     vga = variant_config(variant, gate_scale, gate_bias)
     if vga is not None:
-        _patch(model, vga)
+        patch_model(model, vga)
     data_gen = torch.Generator().manual_seed(10_000 + seed)
     eval_tokens = task.sample(eval_batch, seq_len, torch.Generator().manual_seed(20_000 + seed))
     decay, no_decay = [], []

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import dataclasses
 import json
 import math
@@ -42,6 +43,7 @@ import yaml
 import vga_hf
 from vga_hf import data as vdata
 from vga_hf import training as vtrain
+from vga_hf.training.losses import SinkPenalty, distillation_loss
 
 HERE = Path(__file__).resolve().parent
 STATE_FILE = "trainer_state.json"
@@ -123,6 +125,16 @@ class RetrofitConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (mode=gates+lora)."})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha (mode=gates+lora)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (mode=gates+lora)."})
+    sink_penalty: float = field(default=0.0, metadata={"help": (
+        "Weight of the sink penalty (off: 0): per head, the largest average attention any single key "
+        "receives from the queries that see it, averaged over layers and heads "
+        "(vga_hf.training.losses.SinkPenalty). Attention moves only through Q and K: use mode=gates+lora "
+        "or full. Cost: one extra eager attention per layer beside the model's own kernel, and one "
+        "[B, H, T, T] map per layer kept until backward. Not with gradient_checkpointing.")})
+    distill: float = field(default=0.0, metadata={"help": (
+        "Weight of self-distillation (off: 0): KL(original model || trained model) of the next-token "
+        "distributions; keeps behaviour while attention changes. Costs a frozen copy of the original "
+        "model and one extra forward per micro-batch. Exactly 0 at step 0.")})
 
     # ---- loop, output -------------------------------------------------------------------
     output_dir: str = field(default="outputs/retrofit", metadata={"help": "Where everything is written."})
@@ -312,6 +324,12 @@ def check_options(cfg: RetrofitConfig) -> None:
             raise RecipeError(f"{name} must be >= 0, got {getattr(cfg, name)}.")
     if cfg.block_len < 2:
         raise RecipeError("block_len must be >= 2.")
+    for name in ("sink_penalty", "distill"):
+        if getattr(cfg, name) < 0:
+            raise RecipeError(f"{name} must be >= 0 (0 turns it off), got {getattr(cfg, name)}.")
+    if cfg.sink_penalty > 0 and cfg.gradient_checkpointing:
+        raise RecipeError("sink_penalty needs the attention maps of the forward in the backward pass, which "
+                          "gradient checkpointing recomputes without them; set gradient_checkpointing=false.")
     if cfg.vga:
         try:
             vga_config(cfg)
@@ -467,9 +485,23 @@ def compute_loss(model, input_ids: torch.Tensor, cfg: RetrofitConfig,
 
     Returns (loss to backpropagate, {term name: detached value}); the parts are logged as
     `loss/<name>`. `aux` carries objects extra terms need (e.g. a frozen teacher model)."""
-    out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+    aux = aux or {}
+    penalty = aux.get("sink_penalty")
+    with penalty.capture() if penalty is not None else contextlib.nullcontext():
+        out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
     loss = out.loss
     parts = {"lm": float(out.loss.detach())}
+    if penalty is not None:
+        sink = penalty.value()
+        loss = loss + cfg.sink_penalty * sink
+        parts["sink"] = float(sink.detach())
+    teacher = aux.get("teacher")
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=input_ids, use_cache=False).logits
+        kd = distillation_loss(out.logits, teacher_logits)
+        loss = loss + cfg.distill * kd
+        parts["distill"] = float(kd.detach())
     return loss, parts
 
 
@@ -749,6 +781,9 @@ def retrofit(cfg: RetrofitConfig) -> int:
     set_seed(cfg.seed)
     model, tokenizer, source = load_model_and_tokenizer(cfg)
     data = load_data(cfg, tokenizer)
+    teacher = None
+    if cfg.distill > 0:  # the frozen original model, copied before anything changes
+        teacher = copy.deepcopy(model).eval().requires_grad_(False)
     if cfg.vga:
         try:
             vga_hf.patch_model(model, vga_config(cfg))
@@ -800,6 +835,11 @@ def retrofit(cfg: RetrofitConfig) -> int:
     model.train()
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)  # stepped by us, once per optimizer step
+    aux: dict[str, Any] = {}
+    if cfg.sink_penalty > 0:
+        aux["sink_penalty"] = SinkPenalty(accelerator.unwrap_model(model))
+    if teacher is not None:
+        aux["teacher"] = teacher.to(accelerator.device)
 
     start = 0
     if checkpoint is not None:
@@ -826,7 +866,7 @@ def retrofit(cfg: RetrofitConfig) -> int:
             sync = micro == cfg.grad_accum - 1
             with (accelerator.no_sync(model) if not sync else contextlib.nullcontext()):
                 with accelerator.autocast():
-                    loss, parts = compute_loss(model, batch, cfg)
+                    loss, parts = compute_loss(model, batch, cfg, aux)
                 accelerator.backward(loss / cfg.grad_accum)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum

@@ -738,6 +738,9 @@ def _requested_cpu_processes() -> int:
                 return int(parent[i + 1])
             if arg.startswith(flag + "="):
                 return int(arg.split("=", 1)[1])
+    print("retrofit: warning: launched by `accelerate launch --cpu` for several processes without MPI, but the "
+          "process count is not on the launcher's command line; running ONE process. Pass --num_processes N.",
+          file=sys.stderr)
     return 0
 
 

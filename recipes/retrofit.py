@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> RetrofitConfig:
     """Defaults < --config YAML < command line."""
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser().parse_intermixed_args(argv))  # key=value and --flags in any order
     values: dict[str, Any] = {}
     config_file = args.pop("config", None)
     if config_file:

@@ -35,11 +35,11 @@ ROWS = [
     ("value drain, gated (first / rest)", "value_drain", ".3f"),
     ("value drain, ungated", "value_drain_ungated", ".3f"),
     ("kurtosis (mean)", "kurtosis", ".1f"),
-    ("max |hidden|", "max_inf_norm", ",.0f"),
-    ("max |hidden|, position 0 excluded", "max_inf_norm_excl_first", ",.0f"),
+    ("max abs hidden state", "max_inf_norm", ",.0f"),
+    ("max abs hidden state, position 0 excluded", "max_inf_norm_excl_first", ",.0f"),
     ("mean gate, first token", "gate_mean_first_token", ".3f"),
     ("mean gate, other tokens", "gate_mean_other_tokens", ".3f"),
-    ("gates moved: mean |g - g0|", "gate_mean_abs_shift", ".3f"),
+    ("gates moved: mean abs(g - g0)", "gate_mean_abs_shift", ".3f"),
 ]
 
 
@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         for name in names:
             run_arm(name, cfg)
+            write_results(cfg, names)  # the table grows arm by arm
     print(write_results(cfg, names))
     return 0
 

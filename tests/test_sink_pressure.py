@@ -41,3 +41,8 @@ def test_bad_loss_options_are_refused(assets, tmp_path, extra, match, capsys):  
 def test_options_are_documented():
     help_text = recipe.build_parser().format_help()
     assert "--sink-penalty" in help_text and "--distill" in help_text and "KL(original" in help_text
+
+
+def test_flags_and_key_values_mix_in_any_order():
+    cfg = recipe.parse_config(["max_steps=3", "--no-vga", "sink_penalty=1.5", "distill=2", "mode=full"])
+    assert (cfg.vga, cfg.sink_penalty, cfg.distill, cfg.max_steps, cfg.mode) == (False, 1.5, 2.0, 3, "full")

@@ -285,6 +285,7 @@ def test_unpatch_restores_exactly(arch):
     x = ids()
     ref = logits(model, x)
     keys = set(model.state_dict())
+    config_class = type(model.config)
     vga_hf.patch_model(model)
     randomize_gates(model)
     patched_keys = set(model.state_dict())
@@ -292,6 +293,7 @@ def test_unpatch_restores_exactly(arch):
     vga_hf.unpatch_model(model)
     assert not vga_hf.is_patched(model) and vga_hf.get_vga_config(model) is None
     assert set(model.state_dict()) == keys
+    assert type(model.config) is config_class
     assert torch.equal(logits(model, x), ref)
     for m in model.modules():
         assert not any(vga_hf.patch._is_vga_hook(h) for h in m._forward_hooks.values())

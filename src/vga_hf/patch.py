@@ -233,6 +233,9 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, CONFIG_ATTR):
         delattr(config, CONFIG_ATTR)
+    base_config_class = getattr(type(config), "_vga_base_config_class", None)
+    if base_config_class is not None and not type(base).__name__.startswith("VGA"):
+        config.__class__ = base_config_class  # undo the class swap of a PATCH_HOOKS entry (checkpoint/)
     base.__dict__.pop("_vga_config_dict", None)
     return model
 

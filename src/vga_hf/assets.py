@@ -74,7 +74,7 @@ def smollm2_folder(architecture: str = "llama") -> Path:
             cfg.pop(key, None)
         cfg["sliding_window"] = None
         mistral = MistralForCausalLM(MistralConfig(**cfg))
-        missing, unexpected = mistral.load_state_dict(model.state_dict(), strict=True), None
+        mistral.load_state_dict(model.state_dict(), strict=True)  # the same weights, exactly
         model = mistral
     model.config.__dict__.pop("quantization_config", None)
     if hasattr(model, "hf_quantizer"):

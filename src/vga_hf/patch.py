@@ -147,7 +147,7 @@ def _gate_of(attn: nn.Module) -> PatchedValueGate | None:
 
 
 # ---- public API ------------------------------------------------------------------------------
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_peft(model: nn.Module) -> nn.Module:
     """The transformers model inside a PEFT wrapper (PeftModel -> LoraModel -> PreTrainedModel)."""
     get_base = getattr(model, "get_base_model", None)
     return get_base() if callable(get_base) else model
@@ -168,7 +168,7 @@ def patch_model(model: nn.Module, config: VGAConfig | None = None, **overrides: 
         raise TypeError(f"config must be a VGAConfig or a dict, got {type(config).__name__}.")
     if overrides:
         config = config.replace(**overrides)
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     if is_patched(model):
         current = get_vga_config(model)
         if current == config:
@@ -225,7 +225,7 @@ def _select_layers(sites, layers: list[int] | None):
 
 def unpatch_model(model: nn.Module) -> nn.Module:
     """Remove every gate and hook; the model is then exactly the original (parameters untouched)."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     for _, attn in list(_gated_attention(base)):
         for module in attn.modules():
             _remove_hooks(module)
@@ -247,18 +247,18 @@ def _gated_attention(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
 
 
 def is_patched(model: nn.Module) -> bool:
-    return any(True for _ in _gated_attention(_unwrap(model)))
+    return any(True for _ in _gated_attention(unwrap_peft(model)))
 
 
 def get_vga_config(model: nn.Module) -> VGAConfig | None:
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     data = getattr(getattr(base, "config", None), CONFIG_ATTR, None) or base.__dict__.get("_vga_config_dict")
     return VGAConfig.from_dict(data) if data else None
 
 
 def get_gates(model: nn.Module) -> dict[int, PatchedValueGate]:
     """{layer index: gate module}, in layer order."""
-    gates = {_gate_of(attn).layer_idx: _gate_of(attn) for _, attn in _gated_attention(_unwrap(model))}
+    gates = {_gate_of(attn).layer_idx: _gate_of(attn) for _, attn in _gated_attention(unwrap_peft(model))}
     return dict(sorted(gates.items()))
 
 
@@ -291,7 +291,7 @@ def summary(model: nn.Module) -> str:
     added = sum(p.numel() for p in gate_parameters(model))
     total = sum(p.numel() for p in model.parameters())
     config = get_vga_config(model)
-    n_attn = len(find_value_sites(_unwrap(model), model_type_of(getattr(_unwrap(model), "config", None))))
+    n_attn = len(find_value_sites(unwrap_peft(model), model_type_of(getattr(unwrap_peft(model), "config", None))))
     return (f"vga_hf: {len(gates)}/{n_attn} attention layers gated ({config.granularity} gates from "
             f"{config.gate_input}, position={config.position}), {added:,} gate parameters added "
             f"({100 * added / max(total - added, 1):.4f}% of the model)")

@@ -13,7 +13,7 @@ import yaml
 from torch import nn
 
 from ..architectures import model_type_of
-from ..patch import _unwrap, gate_parameters, get_gates, get_vga_config
+from ..patch import unwrap_peft, gate_parameters, get_gates, get_vga_config
 
 CARD_NAME = "README.md"
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -34,7 +34,7 @@ def _builtin(value: Any) -> Any:
 
 
 def card_metadata(model: nn.Module, base_model: str | None = None, metrics: dict | None = None) -> dict[str, Any]:
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     model_type = model_type_of(config) if config is not None else ""
     vga = get_vga_config(model)

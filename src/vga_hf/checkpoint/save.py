@@ -8,12 +8,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..architectures import find_value_sites, model_type_of
 from ..config import FORMAT_VERSION
-from ..patch import _select_layers, _unwrap, get_gates, get_vga_config, is_patched
+from ..patch import _select_layers, unwrap_peft, get_gates, get_vga_config, is_patched
 from .atomic import atomic_directory
 from .card import write_model_card
 
@@ -50,7 +49,7 @@ def _plain_model(model: nn.Module) -> nn.Module:
         return copy.deepcopy(model).merge_and_unload()
     if not callable(getattr(model, "save_pretrained", None)):
         raise TypeError(f"save_checkpoint needs a transformers model, got {type(model).__name__}.")
-    return _unwrap(model)
+    return unwrap_peft(model)
 
 
 def saved_tensor_names(folder: str | os.PathLike) -> set[str]:
@@ -76,7 +75,7 @@ def check_saved_gates(model: nn.Module, folder: str | os.PathLike) -> None:
 def base_signature(model: nn.Module) -> dict[str, Any]:
     """What a gate file needs of its base model: attention layers and, per layer, kv heads, head size and
     the size of the value projection's input."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     config = getattr(base, "config", None)
     sites = _select_layers(find_value_sites(base, model_type_of(config) if config is not None else ""), None)
     return {
@@ -95,7 +94,7 @@ def save_gates(model: nn.Module, folder: str | os.PathLike, base_model: str | No
         raise ValueError("The model has no VGA gates to save; call vga_hf.patch_model(model) first.")
     tensors = {f"layers.{idx}.{name}": param.detach().to("cpu").contiguous()
                for idx, gate in get_gates(model).items() for name, param in gate.named_parameters(recurse=False)}
-    config = getattr(_unwrap(model), "config", None)
+    config = getattr(unwrap_peft(model), "config", None)
     meta = {
         "format_version": FORMAT_VERSION,
         "vga_config": get_vga_config(model).to_dict(),

@@ -4,7 +4,6 @@ and PNG plots (both models side by side with --compare)."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path

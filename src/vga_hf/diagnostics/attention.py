@@ -43,6 +43,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from ..patch import unwrap_peft
 from ..architectures import find_value_sites, model_type_of
 
 PROBE_PREFIX = "vga_probe|"
@@ -53,14 +54,9 @@ ProbeCallback = Callable[[int, torch.Tensor], None]
 _ACTIVE: dict[int, tuple[ProbeCallback, int, bool, str]] = {}
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def attention_layers(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
     """[(layer_idx, path, attention module)] of the decoder self-attention layers of `model`."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     sites = find_value_sites(base, model_type_of(getattr(base, "config", None)))
     out = []
     for i, (path, attn, _site) in enumerate(sites):

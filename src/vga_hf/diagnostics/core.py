@@ -9,7 +9,6 @@ calibration forwards over calibration text, and the evaluation windows again, qu
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any

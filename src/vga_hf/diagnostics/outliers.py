@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..patch import unwrap_peft
 from .attention import attention_layers
 
 
@@ -29,7 +30,7 @@ def kurtosis(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 def decoder_layers(model: nn.Module) -> list[tuple[int, nn.Module]]:
     """[(layer_idx, decoder layer)]: the parent module of each decoder self-attention module."""
-    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    base = unwrap_peft(model)
     named = dict(base.named_modules())
     out = []
     for layer_idx, path, _attn in attention_layers(model):

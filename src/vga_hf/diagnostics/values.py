@@ -16,15 +16,11 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..patch import unwrap_peft
 from ..architectures import find_value_sites, model_type_of
 from ..patch import get_gates
 
 GATE_BINS = 40
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
 
 
 def drain_ratio(norms: torch.Tensor) -> torch.Tensor:
@@ -37,7 +33,7 @@ class ValueStats:
     rest, and a histogram of gate values (first token / others), summed over samples."""
 
     def __init__(self, model: nn.Module) -> None:
-        base = _unwrap(model)
+        base = unwrap_peft(model)
         self.sites = []
         for i, (path, attn, site) in enumerate(find_value_sites(base, model_type_of(getattr(base, "config", None)))):
             idx = getattr(attn, "layer_idx", None)

@@ -17,21 +17,16 @@ from torch import nn
 
 from ..architectures import find_value_sites, model_type_of
 from ..config import VGAConfig
-from ..patch import GATE_NAME, gate_parameters, get_gates, get_vga_config, is_patched
+from ..patch import GATE_NAME, gate_parameters, get_gates, get_vga_config, is_patched, unwrap_peft
 
 MODES = ("gates", "gates+lora", "full")
 SCHEDULES = ("constant", "linear", "cosine")
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def lora_target_modules(model: nn.Module) -> list[str]:
     """Full names of the projections inside every decoder self-attention module (q/k/v/o, or GPT-2's
     c_attn/c_proj, Phi-3's qkv_proj/o_proj), excluding the VGA gate. PEFT matches them exactly."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     sites = find_value_sites(base, model_type_of(getattr(base, "config", None)))
     names = []
     for path, attn, _site in sites:
@@ -73,7 +68,7 @@ def setup_trainable(model: nn.Module, mode: str, vga: bool = True, lora_r: int =
 
     config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                         target_modules=lora_target_modules(model), bias="none",
-                        fan_in_fan_out=model_type_of(getattr(_unwrap(model), "config", None)) == "gpt2")
+                        fan_in_fan_out=model_type_of(getattr(unwrap_peft(model), "config", None)) == "gpt2")
     peft_model = get_peft_model(model, config)
     for p in gate_parameters(peft_model):  # PEFT froze everything that is not LoRA
         p.requires_grad_(True)
@@ -151,7 +146,7 @@ def gate_stats(model: nn.Module, blocks: Iterable[torch.Tensor] | None = None) -
     }
     if blocks is None:
         return stats
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     device = next(base.parameters()).device
     was_training = base.training
     base.eval()

@@ -27,6 +27,9 @@ CONFIG_ATTR = "vga_config"  # on model.config: the VGAConfig as a dict (saved in
 #: Callables `hook(model)` run at the end of every `patch_model` (vga_hf.checkpoint registers one
 #: that makes the model's config save as a VGA checkpoint).
 PATCH_HOOKS: list = []
+#: Callables `hook(model)` run at the end of every `unpatch_model`: each undoes what its PATCH_HOOKS
+#: counterpart did.
+UNPATCH_HOOKS: list = []
 
 
 class PatchedValueGate(ValueGate):
@@ -233,9 +236,8 @@ def unpatch_model(model: nn.Module) -> nn.Module:
     config = getattr(base, "config", None)
     if config is not None and hasattr(config, CONFIG_ATTR):
         delattr(config, CONFIG_ATTR)
-    base_config_class = getattr(type(config), "_vga_base_config_class", None)
-    if base_config_class is not None and not type(base).__name__.startswith("VGA"):
-        config.__class__ = base_config_class  # undo the class swap of a PATCH_HOOKS entry (checkpoint/)
+    for hook in UNPATCH_HOOKS:
+        hook(base)
     base.__dict__.pop("_vga_config_dict", None)
     return model
 
@@ -258,8 +260,8 @@ def get_vga_config(model: nn.Module) -> VGAConfig | None:
 
 def get_gates(model: nn.Module) -> dict[int, PatchedValueGate]:
     """{layer index: gate module}, in layer order."""
-    gates = {_gate_of(attn).layer_idx: _gate_of(attn) for _, attn in _gated_attention(unwrap_peft(model))}
-    return dict(sorted(gates.items()))
+    gates = [_gate_of(attn) for _, attn in _gated_attention(unwrap_peft(model))]
+    return {gate.layer_idx: gate for gate in sorted(gates, key=lambda g: g.layer_idx)}
 
 
 def gate_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
@@ -291,7 +293,8 @@ def summary(model: nn.Module) -> str:
     added = sum(p.numel() for p in gate_parameters(model))
     total = sum(p.numel() for p in model.parameters())
     config = get_vga_config(model)
-    n_attn = len(find_value_sites(unwrap_peft(model), model_type_of(getattr(unwrap_peft(model), "config", None))))
+    base = unwrap_peft(model)
+    n_attn = len(find_value_sites(base, model_type_of(getattr(base, "config", None))))
     return (f"vga_hf: {len(gates)}/{n_attn} attention layers gated ({config.granularity} gates from "
             f"{config.gate_input}, position={config.position}), {added:,} gate parameters added "
             f"({100 * added / max(total - added, 1):.4f}% of the model)")

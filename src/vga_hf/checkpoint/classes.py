@@ -26,7 +26,7 @@ import warnings
 import transformers
 
 from ..config import VGAConfig
-from ..patch import CONFIG_ATTR, GATE_NAME, PATCH_HOOKS, PatchedValueGate, patch_model
+from ..patch import CONFIG_ATTR, GATE_NAME, PATCH_HOOKS, UNPATCH_HOOKS, PatchedValueGate, patch_model
 from .files import check_safetensors_folder
 
 VGA_PREFIX = "VGA"                 # class names: VGALlamaConfig, VGALlamaForCausalLM
@@ -180,8 +180,18 @@ def _use_vga_config_class(model) -> None:
                       "not refuse to load without vga_hf. Share the gates with vga_hf.save_gates instead.")
 
 
+def _restore_base_config_class(model) -> None:
+    """Unpatch hook: undo `_use_vga_config_class` (a model whose class is itself VGA keeps its config)."""
+    config = getattr(model, "config", None)
+    base_config_class = getattr(type(config), "_vga_base_config_class", None)
+    if base_config_class is not None and not type(model).__name__.startswith(VGA_PREFIX):
+        config.__class__ = base_config_class
+
+
 if _use_vga_config_class not in PATCH_HOOKS:
     PATCH_HOOKS.append(_use_vga_config_class)
+if _restore_base_config_class not in UNPATCH_HOOKS:
+    UNPATCH_HOOKS.append(_restore_base_config_class)
 
 
 # ---- the saved folder ----------------------------------------------------------------------------
